@@ -183,19 +183,29 @@ def lissa_apply(
     vectors: Mapping[str, Tensor],
     options: SolverOptions,
 ) -> tuple[dict[str, Tensor], dict[str, dict[str, Any]]]:
-    """Run LiSSA on ``I_r (x) G + lambda I`` for query vectors ``(m, r, d)`` per block."""
-    out, reports = {}, {}
+    """Run LiSSA on ``I_r (x) G + lambda I`` for query vectors ``(m, r, d)`` per block.
+
+    Blocks whose query rows have the same shape run as one stack, in one solver call.
+    """
+    groups: dict[tuple[int, ...], list[str]] = {}
     for name, v in vectors.items():
-        matrix = damped[name]
-        rows = v.to(matrix.dtype).reshape(1, -1, v.shape[-1])
+        groups.setdefault(tuple(v.shape), []).append(name)
+
+    out, reports = {}, {}
+    for shape, names in groups.items():
+        matrices = torch.stack([damped[name] for name in names])
+        rows = torch.stack(
+            [vectors[name].to(matrices.dtype).reshape(-1, shape[-1]) for name in names]
+        )
         with warnings.catch_warnings():
-            # One warning per block would bury the summary that the engine gives per method.
+            # One warning per stack would bury the summary that the engine gives per method.
             warnings.simplefilter("ignore", ConvergenceWarning)
             h, report = lissa_solve(
-                matrix.unsqueeze(0), rows, tol=options.lissa_tol, max_iter=options.lissa_max_iter
+                matrices, rows, tol=options.lissa_tol, max_iter=options.lissa_max_iter
             )
-        out[name] = h[0].view_as(v)
-        reports.update(_report_rows(report, [name], dampings))
+        for i, name in enumerate(names):
+            out[name] = h[i].view(shape)
+        reports.update(_report_rows(report, names, dampings))
     return out, reports
 
 
