@@ -123,7 +123,10 @@ def run_select(config: SelectConfig) -> dict[str, Any]:
         "versions": versions(),
     }
     if config.evaluate:
-        report["evaluation"] = evaluate_selection(config, train, given, val, chosen)
+        full = evaluate_accuracy(
+            workbench.model, workbench.dataset(val, val.labels), collate=workbench.collate
+        )
+        report["evaluation"] = evaluate_selection(config, train, given, val, chosen, full)
     report["seconds"]["total"] = time.perf_counter() - started
 
     table = pd.DataFrame(
@@ -151,15 +154,20 @@ def evaluate_selection(
     given: np.ndarray,
     val: ExampleSet,
     chosen: np.ndarray,
+    full_accuracy: float,
 ) -> dict[str, Any]:
-    """Validation accuracy after retraining on the subset, random subsets, the full set."""
+    """Validation accuracy after retraining on the subset and on random subsets.
+
+    The model trained on the full set with the same settings and seed is the one that
+    ranked the examples, so its accuracy, ``full_accuracy``, is not trained again.
+    """
     rng = np.random.default_rng(config.seed)
-    subsets = {"influence": chosen, "full": np.arange(len(train))}
+    subsets = {"influence": chosen}
     for k in range(config.random_seeds):
         random = np.sort(rng.choice(len(train), size=len(chosen), replace=False))
         subsets[f"random-{k}"] = random
 
-    accuracy = {}
+    accuracy = {"full": float(full_accuracy)}
     for name, indices in subsets.items():
         subset = train.subset(indices)
         workbench = build_model(subset, given[indices], config.model, progress=config.progress)
