@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from hyperinf.cli.main import main
 from hyperinf.tasks.finetune import make_tiny_text_model
@@ -21,13 +20,6 @@ WORDS = {
     "sport": "goal match team score coach league ball referee",
 }
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_texts(n_per_class: int, seed: int) -> pd.DataFrame:

@@ -28,11 +28,3 @@ def make_spd(
 def spd():
     return make_spd
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matrices: a second thread only adds synchronisation (and the CPUs are shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

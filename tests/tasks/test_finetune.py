@@ -24,14 +24,6 @@ TEXTS = [
 LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1] * 2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two torch threads on two shared cores oversubscribe them: one thread is several x faster.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):

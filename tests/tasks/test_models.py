@@ -12,15 +12,6 @@ from hyperinf.tasks.finetune import evaluate_accuracy, predict
 from hyperinf.tasks.models import FeatureDataset, MLPClassifier, features_dataset, train_mlp
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two torch threads on two shared cores oversubscribe them: one thread is several x faster.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def digits():
     return load_builtin("digits")
