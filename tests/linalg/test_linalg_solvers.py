@@ -3,7 +3,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import make_spd
+from spd_matrices import make_spd
 
 from hyperinf.linalg import (
     ConvergenceWarning,

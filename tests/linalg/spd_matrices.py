@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 
 
@@ -22,9 +21,4 @@ def make_spd(
     eig = torch.logspace(0, -math.log10(cond), d, dtype=torch.float64)
     A = (Q * eig) @ Q.mT * scale
     return ((A + A.mT) / 2).to(dtype)
-
-
-@pytest.fixture
-def spd():
-    return make_spd
 
