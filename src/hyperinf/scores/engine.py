@@ -124,7 +124,8 @@ class InfluenceComputer:
         backend: Per-example gradients by ``"hooks"`` or ``"func"`` (torch.func).
         solver: Options of the iterative solvers.
         max_fim_dim: Largest ``r d`` for which the full FIM is built.
-        cache_dir: Optional folder for an on-disk gradient cache of the training data.
+        cache_dir: Optional folder for an on-disk gradient cache of the training data; one
+            folder belongs to one model and one training set (shards on disk are reused).
         progress: Show progress bars.
     """
 
@@ -239,13 +240,10 @@ class InfluenceComputer:
         """
         self._train = as_loader(train, self.batch_size)
         self._preconditioners.clear()
-        kinds = {}
-        for block in self.blocks:
-            needs_fim = any(method in FIM_METHODS for method in self.methods)
-            kinds[block.name] = ("gfim", "fim") if needs_fim else ("gfim",)
+        needs_fim = any(method in FIM_METHODS for method in self.methods)
         curvature = CurvatureSet(
             {block.name: (block.r, block.d) for block in self.blocks},
-            kinds=kinds,
+            kinds=("gfim", "fim") if needs_fim else ("gfim",),
             device=self.device,
             max_fim_dim=self.max_fim_dim,
         )
