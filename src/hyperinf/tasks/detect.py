@@ -324,9 +324,10 @@ def _report(
     seconds = average.seconds
     shared = {k: v for k, v in seconds.items() if not k.startswith("inverse")}
     methods: dict[str, Any] = {}
-    for name in ["loss", *average.scores, *(f"self:{m}" for m in (self_result or average).scores)]:
-        if name.startswith("self:") and self_result is None:
-            continue
+    names = ["loss", *average.scores]
+    if self_result is not None:
+        names += [f"self:{method}" for method in self_result.scores]
+    for name in names:
         method = name.removeprefix("self:")
         entry = dict(metrics.get(name, {}))
         entry["seconds"] = {
