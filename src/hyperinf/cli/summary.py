@@ -55,9 +55,16 @@ def print_detect(report: dict[str, Any], out: Path) -> None:
     )
     print(f"time: {phases}")
 
+    primary = _primary(report)
+    shares = report["block_variance_share"].get(primary, {})
+    if shares:
+        top = sorted(shares.items(), key=lambda kv: -abs(kv[1]))[:3]
+        named = ", ".join(f"{name} {share:.0%}" for name, share in top)
+        print(f"blocks deciding {primary} (share of score variance): {named}")
+
     frame = report["table"]
     shown = [c for c in ("rank", "id", "label", "predicted", "flipped", "text") if c in frame]
-    print(f"\nmost suspicious training examples (by {_primary(report)}):")
+    print(f"\nmost suspicious training examples (by {primary}):")
     print(frame[shown].head(TOP).to_string(index=False))
     print(f"\nwritten to {out}/: scores.parquet, scores.csv, report.json"
           + (", detection.png" if report["ground_truth"] else "")
