@@ -291,6 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # transformers reports the freshly initialised classification head of every load,
         # which is expected here: the head is trained (or loaded with the adapter).
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         warnings.filterwarnings("ignore", module=r"(transformers|peft)(\.|$)")
     handlers = {"detect": _detect, "select": _select, "demo": _demo, "bench": _bench}
     try:
