@@ -11,6 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -54,8 +55,11 @@ def plot_detection(
     ax.plot(x, x, color="grey", linestyle=":", label="random ranking")
     perfect = np.minimum(x / noise_rate, 1.0)
     ax.plot(x, perfect, color="black", linestyle="--", label="perfect ranking")
-    for name, (inspected, found) in checked.items():
-        ax.plot(inspected, found, label=name)
+    colours = matplotlib.colormaps["tab20"].colors
+    for k, (name, (inspected, found)) in enumerate(checked.items()):
+        # Self-influence rankings dashed, so that they read apart from the query rankings.
+        style = "--" if name.startswith("self:") else "-"
+        ax.plot(inspected, found, label=name, color=colours[k % 20], linestyle=style)
     ax.set(xlim=(0, 1), ylim=(0, 1.02), title=title,
            xlabel="fraction of training data inspected", ylabel="fraction of flipped found")
     ax.grid(alpha=0.3)
