@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REGIMES = {"default": {"epochs": 4, "lr": 5e-4}, "fit": {"epochs": 14, "lr": 4e-3}}
+REGIMES = {"default": {"epochs": 4, "lr": 5e-4}, "fit": {"epochs": 10, "lr": 3e-3}}
 
 
 def run_one(regime: str, seed: int, out: Path, args: argparse.Namespace) -> dict:
