@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -33,6 +32,8 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 import pandas as pd
+
+from hyperinf.tasks.atomic import replace_folder
 
 logger = logging.getLogger(__name__)
 
@@ -759,13 +760,5 @@ def _write_hf_folder(frame: pd.DataFrame, path: Path) -> None:
             f"{path}: writing a datasets folder needs the datasets package; install it with "
             "`pip install datasets`"
         ) from exc
-    temp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    backup = path.with_name(f".{path.name}.old")
-    try:
-        datasets.Dataset.from_pandas(frame, preserve_index=False).save_to_disk(str(temp))
-        if path.exists():
-            path.rename(backup)
-        temp.rename(path)
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
-        shutil.rmtree(backup, ignore_errors=True)
+    with replace_folder(path) as staging:
+        datasets.Dataset.from_pandas(frame, preserve_index=False).save_to_disk(str(staging))

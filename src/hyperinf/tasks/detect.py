@@ -23,6 +23,7 @@ from torch.utils.data import Subset
 
 from hyperinf.gradients import find_blocks
 from hyperinf.scores.engine import InfluenceComputer, InfluenceResult
+from hyperinf.scores.loaders import as_loader
 from hyperinf.scores.methods import FIM_METHODS, METHODS, SELF_METHODS, parse_methods
 from hyperinf.tasks.data import ExampleSet
 from hyperinf.tasks.finetune import predict
@@ -111,7 +112,7 @@ class DetectConfig:
             raise UsageError(f"--noise must be in [0, 1), got {self.noise}")
 
 
-def resolve_methods(config: InfluenceConfig, computer_blocks: list[Any]) -> tuple[str, ...]:
+def resolve_methods(config: InfluenceConfig, blocks: list[Any]) -> tuple[str, ...]:
     """Expand ``all`` into every method whose curvature is cheap enough for the blocks.
 
     The full-FIM methods join when every block has ``r d <= min(max_fim_dim, 2048)``: above
@@ -119,7 +120,7 @@ def resolve_methods(config: InfluenceConfig, computer_blocks: list[Any]) -> tupl
     """
     if config.methods != ("all",):
         return config.methods
-    largest = max(block.r * block.d for block in computer_blocks)
+    largest = max(block.r * block.d for block in blocks)
     fits_fim = largest <= min(config.max_fim_dim, ALL_FIM_LIMIT)
     return tuple(m for m in METHODS if fits_fim or m not in FIM_METHODS)
 
@@ -154,8 +155,8 @@ def run_influence(
             cache_dir=scratch if gradient_bytes <= config.cache_gib * 2**30 else None,
             progress=progress,
         )
-        computer.fit(_loader(train_data, config.batch_size, workbench.collate))
-        average = computer.score(_loader(val_data, config.batch_size, workbench.collate))
+        computer.fit(as_loader(train_data, config.batch_size, workbench.collate))
+        average = computer.score(as_loader(val_data, config.batch_size, workbench.collate))
 
         self_result = None
         self_methods = [m for m in methods if m in SELF_METHODS]
@@ -180,16 +181,6 @@ def _in_dataset_order(result: InfluenceResult, order: np.ndarray) -> InfluenceRe
     result.block_scores = {m: s[inverse] for m, s in result.block_scores.items()}
     result.losses = result.losses[inverse]
     return result
-
-
-def _loader(dataset: Any, batch_size: int, collate_fn: Any = None) -> Any:
-    from torch.utils.data import DataLoader
-
-    from hyperinf.scores.loaders import pad_collate
-
-    return DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn or pad_collate
-    )
 
 
 def rankings(average: InfluenceResult, self_result: InfluenceResult | None) -> dict:
@@ -262,8 +253,9 @@ def run_detect(config: DetectConfig) -> dict[str, Any]:
             train.labels, config.noise, num_classes=train.num_classes, seed=config.seed
         )
 
-    with _phase("fine-tuning") as tuning:
-        workbench = build_model(train, given, config.model, progress=config.progress)
+    tuning_started = time.perf_counter()
+    workbench = build_model(train, given, config.model, progress=config.progress)
+    tuning = time.perf_counter() - tuning_started
     average, self_result, computer = run_influence(
         workbench, train, given, val, config.influence, config.progress
     )
@@ -292,21 +284,6 @@ def run_detect(config: DetectConfig) -> dict[str, Any]:
     return report
 
 
-class _phase:
-    """Times a block: ``with _phase("x") as t: ...; t.seconds``."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.seconds = 0.0
-
-    def __enter__(self) -> _phase:
-        self._start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.seconds = time.perf_counter() - self._start
-
-
 def _report(
     config: DetectConfig,
     train: ExampleSet,
@@ -319,7 +296,7 @@ def _report(
     computer: InfluenceComputer,
     workbench: Workbench,
     metrics: dict[str, Any],
-    tuning: _phase,
+    tuning: float,
 ) -> dict[str, Any]:
     seconds = average.seconds
     shared = {k: v for k, v in seconds.items() if not k.startswith("inverse")}
@@ -331,7 +308,7 @@ def _report(
         method = name.removeprefix("self:")
         entry = dict(metrics.get(name, {}))
         entry["seconds"] = {
-            "fine-tuning": tuning.seconds,
+            "fine-tuning": tuning,
             **shared,
             "inverse": seconds.get(f"inverse/{method}", 0.0) if name != "loss" else 0.0,
         }
@@ -357,7 +334,7 @@ def _report(
             "val": float(np.mean(np.asarray(val_predicted) == val.labels)),
         },
         "methods": methods,
-        "seconds": {"fine-tuning": tuning.seconds, **seconds},
+        "seconds": {"fine-tuning": tuning, **seconds},
         "blocks": [
             {"name": b.name, "kind": b.kind, "r": b.r, "d": b.d, "damping": average.damping[b.name]}
             for b in average.blocks

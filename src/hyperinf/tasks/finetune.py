@@ -14,8 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -26,6 +24,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
+
+from hyperinf.tasks.atomic import replace_folder
 
 logger = logging.getLogger(__name__)
 
@@ -388,19 +388,10 @@ def save_adapter(model: nn.Module, folder: str | Path, tokenizer: Any = None) ->
         raise ModelError(f"{folder}: only a PEFT model's adapter can be saved; got "
                          f"{type(model).__name__}")
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    backup = folder.with_name(f".{folder.name}.old")
-    try:
-        model.save_pretrained(temp)
+    with replace_folder(folder) as staging:
+        model.save_pretrained(staging)
         if tokenizer is not None:
-            tokenizer.save_pretrained(temp)
-        if folder.exists():
-            folder.rename(backup)
-        temp.rename(folder)
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
-        shutil.rmtree(backup, ignore_errors=True)
+            tokenizer.save_pretrained(staging)
     logger.info("saved adapter to %s", folder)
     return folder
 

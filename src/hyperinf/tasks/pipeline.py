@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import platform
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -19,6 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import hyperinf
+from hyperinf.tasks.atomic import replace_folder
 from hyperinf.tasks.data import ExampleSet, load_builtin, load_examples
 from hyperinf.tasks.finetune import (
     collate_text,
@@ -171,7 +170,7 @@ def build_model(
         )
         info = {"kind": "mlp", "hidden": list(config.hidden), "epochs": epochs, "lr": lr}
         return Workbench(
-            model.eval(), lambda ex, y: features_dataset(_relabel(ex, y)), None, info
+            model.eval(), features_dataset, None, info
         )
 
     folder = config.model or str(default_text_model_dir())
@@ -210,12 +209,6 @@ def build_model(
         return text_dataset(tokenizer, examples.texts, y, max_length=config.max_length)
 
     return Workbench(model.eval(), dataset, collate_text(tokenizer), info)
-
-
-def _relabel(examples: ExampleSet, labels: np.ndarray) -> ExampleSet:
-    relabelled = examples.subset(np.arange(len(examples)))
-    relabelled.labels = np.asarray(labels, dtype=np.int64)
-    return relabelled
 
 
 def versions() -> dict[str, str]:
@@ -266,21 +259,8 @@ def output_folder(out: Path) -> Iterator[Path]:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with replace_folder(out) as staging:
         yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if out.exists():
-        previous = out.with_name(f".{out.name}.old")
-        shutil.rmtree(previous, ignore_errors=True)
-        out.rename(previous)
-        staging.rename(out)
-        shutil.rmtree(previous, ignore_errors=True)
-    else:
-        staging.rename(out)
 
 
 def parse_list(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
